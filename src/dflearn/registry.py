@@ -8,6 +8,14 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+class UnknownNameError(KeyError, ValueError):
+    """An unknown registry name; the message lists the valid names."""
+
+    def __str__(self) -> str:
+        # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
 class Registry(Generic[T]):
     """Maps names to factories; unknown names are answered with the valid ones."""
 
@@ -31,10 +39,10 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
     def get(self, name: str) -> Callable[..., T]:
-        """The factory for ``name``; a ``KeyError`` lists the valid names."""
+        """The factory for ``name``; an unknown name raises ``UnknownNameError``."""
         if name not in self._entries:
             valid = ", ".join(self.names())
-            raise KeyError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid}")
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid}")
         return self._entries[name]
 
     def create(self, name: str, *args, **kwargs) -> T:
