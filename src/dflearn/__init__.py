@@ -10,6 +10,16 @@ from .taps import Tap, insert_taps, named_taps
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvHead", "Head", "LinearHead", "Rule", "Tap", "UnknownNameError",
-    "angle", "create_rule", "insert_taps", "list_rules", "models", "named_taps",
+    "ConvHead",
+    "Head",
+    "LinearHead",
+    "Rule",
+    "Tap",
+    "UnknownNameError",
+    "angle",
+    "create_rule",
+    "insert_taps",
+    "list_rules",
+    "models",
+    "named_taps",
 ]

@@ -79,7 +79,9 @@ class ConvHead(Head):
         generator: torch.Generator,
     ) -> None:
         if kernel_size % 2 == 0:
-            raise ValueError(f"head kernel size must be odd to keep the map size, got {kernel_size}")
+            raise ValueError(
+                f"head kernel size must be odd to keep the map size, got {kernel_size}"
+            )
         if pool not in ("avg", "max"):
             raise ValueError(f"head pool must be 'avg' or 'max', got {pool!r}")
         fan_in = in_channels * kernel_size**2

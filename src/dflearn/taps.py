@@ -18,8 +18,17 @@ Capture = Callable[["Tap", Tensor], Tensor]
 
 # Modules after which `insert_taps` places a tap by default.
 ACTIVATIONS = (
-    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh,
-    nn.Sigmoid, nn.Hardtanh, nn.Softplus, nn.Mish, nn.ReLU6,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Mish,
+    nn.ReLU6,
 )
 
 

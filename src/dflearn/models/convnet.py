@@ -28,31 +28,54 @@ def _conv_block(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
     return layers
 
 
-def _build(input_shape: Sequence[int], num_classes: int, batch_norm: bool) -> nn.Module:
+def _build(
+    input_shape: Sequence[int],
+    num_classes: int,
+    batch_norm: bool,
+    channels: Sequence[int] = CHANNELS,
+    fc_width: int = FC_WIDTH,
+) -> nn.Module:
     """The conv net as an nn.Sequential; the flattened width follows from input_shape."""
     c, h, w = image_shape(input_shape)
+    if len(channels) != 3:
+        raise ValueError(f"convnet has three conv blocks: give 3 channel counts, got {channels}")
     layers: list[nn.Module] = []
-    for c_in, c_out in zip((c, *CHANNELS[:-1]), CHANNELS, strict=True):
+    for c_in, c_out in zip((c, *channels[:-1]), channels, strict=True):
         layers += _conv_block(c_in, c_out, batch_norm)
         h, w = _pooled(h), _pooled(w)
         if h < 1 or w < 1:
             raise ValueError(f"input_shape {tuple(input_shape)} is too small for convnet")
     layers += [
         nn.Flatten(),
-        nn.Linear(CHANNELS[-1] * h * w, FC_WIDTH), nn.ReLU(), Tap(),
-        nn.Linear(FC_WIDTH, FC_WIDTH), nn.ReLU(), Tap(),
-        nn.Linear(FC_WIDTH, num_classes),
+        nn.Linear(channels[-1] * h * w, fc_width), nn.ReLU(), Tap(),
+        nn.Linear(fc_width, fc_width), nn.ReLU(), Tap(),
+        nn.Linear(fc_width, num_classes),
     ]  # fmt: skip
     return finish(nn.Sequential(*layers), input_shape, num_classes)
 
 
 @MODELS.register("convnet")
-def convnet(*, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10) -> nn.Sequential:
-    """The paper's conv net without batch norm; five taps (three conv, two fc)."""
-    return _build(input_shape, num_classes, batch_norm=False)
+def convnet(
+    *,
+    input_shape: Sequence[int] = (3, 32, 32),
+    num_classes: int = 10,
+    channels: Sequence[int] = CHANNELS,
+    fc_width: int = FC_WIDTH,
+) -> nn.Sequential:
+    """The paper's conv net without batch norm; five taps (three conv, two fc).
+
+    ``channels`` and ``fc_width`` shrink it for quick runs and tests.
+    """
+    return _build(input_shape, num_classes, False, channels, fc_width)
 
 
 @MODELS.register("convnet-bn")
-def convnet_bn(*, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10) -> nn.Sequential:
+def convnet_bn(
+    *,
+    input_shape: Sequence[int] = (3, 32, 32),
+    num_classes: int = 10,
+    channels: Sequence[int] = CHANNELS,
+    fc_width: int = FC_WIDTH,
+) -> nn.Sequential:
     """The paper's conv net with BatchNorm2d after each convolution; five taps."""
-    return _build(input_shape, num_classes, batch_norm=True)
+    return _build(input_shape, num_classes, True, channels, fc_width)

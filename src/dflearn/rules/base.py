@@ -249,6 +249,20 @@ class Rule(nn.Module):
             for name, s, g in zip(self.tap_names, rule_taps, bp_taps)
         }
 
+    def teaching_signals(
+        self, x: Tensor, target: Tensor, loss_fn: LossFn | None = None
+    ) -> dict[str, Tensor | None]:
+        """The teaching signal this rule sends to each tap for one batch.
+
+        For a cut tap with a head, the head's VJP with e; for a whole tap, the
+        gradient that reaches it from above; None where no signal arrives.
+        State is left untouched, as in ``alignment``.
+        """
+        loss_fn = loss_fn or F.cross_entropy
+        with _preserved(self.model):
+            signals, _ = self._rule_grads(x, target, loss_fn, [])
+        return dict(zip(self.tap_names, signals))
+
     def _bp_grads(self, x, target, loss_fn, params):
         # The reference: every tap whole, plain autograd.
         cut, self._cut = self._cut, [False] * len(self._taps)
@@ -261,8 +275,9 @@ class Rule(nn.Module):
 
     def _rule_grads(self, x, target, loss_fn, params):
         run = self._pass(x, target, loss_fn, with_heads=False)
-        whole = [h if s is None and not c else None
-                 for h, s, c in zip(run.taps, run.signals, self._cut)]
+        whole = [
+            h if s is None and not c else None for h, s, c in zip(run.taps, run.signals, self._cut)
+        ]
         flowing, grads = _grads(run.tensors, run.cotangents, whole, params)
         taps = [s if s is not None else f for s, f in zip(run.signals, flowing)]
         return taps, grads
@@ -289,9 +304,11 @@ def _grads(tensors, cotangents, taps, params):
     """Gradients at taps (None entries skipped) and params, via autograd.grad."""
     pairs = [(t, c) for t, c in zip(tensors, cotangents) if t.requires_grad]
     wanted = [h for h in taps if h is not None and h.requires_grad] + params
-    got = iter(torch.autograd.grad(
-        [t for t, _ in pairs], wanted, [c for _, c in pairs], allow_unused=True
-    ))
+    if not wanted:
+        return [None] * len(taps), []
+    got = iter(
+        torch.autograd.grad([t for t, _ in pairs], wanted, [c for _, c in pairs], allow_unused=True)
+    )
     at_taps = [next(got) if h is not None and h.requires_grad else None for h in taps]
     return at_taps, [g if g is not None else torch.zeros_like(p) for g, p in zip(got, params)]
 
@@ -300,7 +317,7 @@ def _layer_angles(layers, bp, rule) -> dict[str, float]:
     out, i = {}, 0
     for name, group in layers:
         n = len(group)
-        out[name] = flat_angle(rule[i:i + n], bp[i:i + n])
+        out[name] = flat_angle(rule[i : i + n], bp[i : i + n])
         i += n
     return out
 
@@ -309,9 +326,14 @@ def _layer_angles(layers, bp, rule) -> dict[str, float]:
 def frozen_running_stats(model: nn.Module) -> Iterator[None]:
     """Run forwards in train mode without moving BatchNorm running statistics."""
     saved = [
-        (m, {k: getattr(m, k).clone() for k in ("running_mean", "running_var",
-                                                  "num_batches_tracked")
-             if getattr(m, k, None) is not None})
+        (
+            m,
+            {
+                k: getattr(m, k).clone()
+                for k in ("running_mean", "running_var", "num_batches_tracked")
+                if getattr(m, k, None) is not None
+            },
+        )
         for m in model.modules()
         if isinstance(m, _NormBase) and m.track_running_stats
     ]

@@ -38,11 +38,17 @@ class DFA(Rule):
         self._require_shapes()
         generator = self._generator()
         self.heads = nn.ModuleList(
-            self._to_model(make_head(
-                tuple(shape), self.num_classes, feedback=feedback,
-                kernel_size=head_kernel, pool="avg", trainable=False,
-                generator=generator,
-            ))
+            self._to_model(
+                make_head(
+                    tuple(shape),
+                    self.num_classes,
+                    feedback=feedback,
+                    kernel_size=head_kernel,
+                    pool="avg",
+                    trainable=False,
+                    generator=generator,
+                )
+            )
             for shape in self.tap_shapes
         )
         self._cut = [True] * len(self._taps)

@@ -60,11 +60,17 @@ class LAS(Rule):
         hidden = len(self._taps) - 1
         generator = self._generator()
         self.heads = nn.ModuleList(
-            self._to_model(make_head(
-                tuple(shape), self.num_classes, feedback=feedback,
-                kernel_size=head_kernel, pool=head_pool, trainable=True,
-                generator=generator,
-            ))
+            self._to_model(
+                make_head(
+                    tuple(shape),
+                    self.num_classes,
+                    feedback=feedback,
+                    kernel_size=head_kernel,
+                    pool=head_pool,
+                    trainable=True,
+                    generator=generator,
+                )
+            )
             for shape in self.tap_shapes[:hidden]
         )
         self.head_init = self._init_heads(head_init)
@@ -129,7 +135,7 @@ def _product_weight(model: nn.Module, tap: Tap) -> Tensor | None:
     if tap not in mods:
         return None
     weight = None
-    for module in mods[mods.index(tap) + 1:]:
+    for module in mods[mods.index(tap) + 1 :]:
         if isinstance(module, nn.Linear):
             w = module.weight.detach()
             weight = w if weight is None else w @ weight
