@@ -47,3 +47,11 @@ def fake_fashion_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root holding a tiny Fashion-MNIST (256 train, 128 test samples of 1x28x28,
     10 classes) in torchvision's raw layout; pass it as ``--data-dir``."""
     return write_fake_mnist(tmp_path_factory.mktemp("data"), "FashionMNIST", FAKE_TRAIN, FAKE_TEST)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # Tests use tiny tensors: two threads only add contention on a busy machine.
+    import torch
+
+    torch.set_num_threads(1)

@@ -255,3 +255,25 @@ def test_unavailable_cuda_is_refused(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main("train", *base, "--device", "cuda", "--out", tmp_path / "run") == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_compare_goes_on_after_a_diverged_run(
+    base: list[str], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    from dflearn.rules.base import Rule
+
+    original = Rule.step
+
+    def step(self, *args, **kwargs):
+        loss, output = original(self, *args, **kwargs)
+        return (torch.tensor(float("nan")) if self.rule_name == "dfa" else loss), output
+
+    monkeypatch.setattr(Rule, "step", step)
+    out = tmp_path / "cmp"
+    assert main("compare", "--rules", "dfa,bp", *base, "--epochs", 1, "--out", out, "-q") == 3
+    captured = capsys.readouterr()
+    assert "dfa seed 0: the training loss became NaN/inf in epoch 1" in captured.err
+    lines = captured.out.strip().splitlines()
+    assert lines[2].startswith("| bp | 1 |")
+    assert lines[3].startswith("| dfa | 1 (1 diverged) | n/a | n/a |")
+    assert json.loads((out / "bp-seed0/summary.json").read_text())["status"] == "completed"

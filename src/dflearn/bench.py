@@ -74,6 +74,10 @@ TARGETS = (
     (("convnet", "convnet-bn", "resnet18"), "las", "bp", 1.10),
 )
 
+# How Adam runs: "default" is what torch.optim.Adam(params) picks (the trainer's choice);
+# on CPU that is a per-tensor loop whose temporaries cost ~40 % of an MLP step.
+ADAM_IMPLS = ("default", "foreach", "fused")
+
 BATCHES = 4  # distinct random batches cycled through, so no batch is learnt by heart
 MIN_ROUNDS = 3  # a time budget never cuts a model below this many rounds
 
@@ -120,6 +124,7 @@ def benchmark(
     steps_per_round: int = 1,
     max_seconds: float | None = None,
     scale: float = 1.0,
+    adam: str = "default",
 ) -> dict[str, Any]:
     """Time full training steps of ``rules`` on ``models``; never prints.
 
@@ -127,10 +132,11 @@ def benchmark(
     ``warmup`` untimed rounds. ``steps_per_round`` steps make one timing. ``max_seconds``
     caps each model's timed rounds (at least 3 are run). ``threads`` sets
     ``torch.set_num_threads`` for the run. ``scale`` < 1 shrinks the models (hidden
-    widths, image side) for tests. Returns ``{model: {variant: stats}, "meta": {...}}``.
+    widths, image side) for tests. ``adam`` is "default", "foreach" or "fused" (the
+    implementation torch.optim.Adam uses). Returns ``{model: {variant: stats}, "meta": {...}}``.
     """
     models, rules = check_names(models, rules)
-    _check_settings(repeats, warmup, batch_size, steps_per_round, scale)
+    _check_settings(repeats, warmup, batch_size, steps_per_round, scale, adam)
     dev = resolve_device(device)
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     results: dict[str, Any] = {}
@@ -139,9 +145,9 @@ def benchmark(
         for name in models:
             results[name] = _bench_model(
                 name, rules, dev, repeats=repeats, warmup=warmup, batch_size=batch_size,
-                seed=seed, steps=steps_per_round, max_seconds=max_seconds, scale=scale,
+                seed=seed, steps=steps_per_round, max_seconds=max_seconds, scale=scale, adam=adam,
             )  # fmt: skip
-        meta = _meta(dev, models, rules)
+        meta = _meta(dev, models, rules, adam)
     meta.update(
         repeats=repeats, warmup=warmup, batch_size=batch_size, steps_per_round=steps_per_round,
         max_seconds=max_seconds, seed=seed, scale=scale, started=started.isoformat(),
@@ -201,7 +207,7 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 def _bench_model(name: str, rules: list[str], dev: torch.device, **opts: Any) -> dict[str, Any]:
     """Build every variant of ``name``, warm up, time interleaved rounds, summarise."""
     log.info("%s: building %s", name, ", ".join(rules))
-    variants = [_build(name, rule, dev, opts["seed"], opts["scale"]) for rule in rules]
+    variants = [_build(name, rule, dev, opts) for rule in rules]
     shape = variants[0].rule.input_shape
     batches = _batches(shape, variants[0].rule.num_classes, opts["batch_size"], dev, opts["seed"])
     order = random.Random(opts["seed"])
@@ -215,15 +221,16 @@ def _bench_model(name: str, rules: list[str], dev: torch.device, **opts: Any) ->
     return stats
 
 
-def _build(model: str, variant: str, dev: torch.device, seed: int, scale: float) -> _Variant:
-    """One variant: the model from ``seed`` (same weights for every variant), its rule."""
-    family, options = _scaled(MODEL_SPECS[model], scale)
+def _build(model: str, variant: str, dev: torch.device, opts: dict[str, Any]) -> _Variant:
+    """One variant: the model from the seed (same weights for every variant), its rule."""
+    family, options = _scaled(MODEL_SPECS[model], opts["scale"])
     rule_name, rule_options = VARIANTS[variant]
-    torch.manual_seed(seed)
+    torch.manual_seed(opts["seed"])
     net = model_zoo.create(family, **options).to(dev)
-    rule = create_rule(rule_name, net, seed=seed, **rule_options)
+    rule = create_rule(rule_name, net, seed=opts["seed"], **rule_options)
     rule.train()
-    return _Variant(variant, rule, torch.optim.Adam(rule.parameters()))
+    impl = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[opts["adam"]]
+    return _Variant(variant, rule, torch.optim.Adam(rule.parameters(), **impl))
 
 
 def _scaled(spec: tuple[str, dict[str, Any]], scale: float) -> tuple[str, dict[str, Any]]:
@@ -466,7 +473,7 @@ def _quantile(xs: Sequence[float], q: float) -> float:
 # ----------------------------------------------------------------------- machine info
 
 
-def _meta(dev: torch.device, models: list[str], rules: list[str]) -> dict[str, Any]:
+def _meta(dev: torch.device, models: list[str], rules: list[str], adam: str) -> dict[str, Any]:
     """What was run, where, and how it was measured."""
     meta: dict[str, Any] = {
         "device": dev.type,
@@ -479,7 +486,8 @@ def _meta(dev: torch.device, models: list[str], rules: list[str]) -> dict[str, A
         "platform": platform.platform(),
         "models": models,
         "rules": rules,
-        "optimizer": "torch.optim.Adam, default settings",
+        "optimizer": f"torch.optim.Adam, default hyperparameters, implementation {adam}",
+        "adam": adam,
         "timing_method": TIMING_METHOD[dev.type],
         "ratio_method": "per round: variant time / reference time in the same round; "
         "median over rounds, IQR and range given",
@@ -542,7 +550,7 @@ def _threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _check_settings(repeats, warmup, batch_size, steps, scale) -> None:
+def _check_settings(repeats, warmup, batch_size, steps, scale, adam) -> None:
     if repeats < 1 or warmup < 0 or batch_size < 1 or steps < 1:
         raise ValueError(
             "need repeats >= 1, warmup >= 0, batch_size >= 1 and steps_per_round >= 1, got "
@@ -550,6 +558,8 @@ def _check_settings(repeats, warmup, batch_size, steps, scale) -> None:
         )
     if not 0 < scale <= 1:
         raise ValueError(f"scale must be in (0, 1], got {scale}")
+    if adam not in ADAM_IMPLS:
+        raise ValueError(f"adam must be one of {', '.join(ADAM_IMPLS)}, got {adam!r}")
 
 
 # --------------------------------------------------------------------------- report
@@ -563,7 +573,7 @@ def format_table(results: dict[str, Any]) -> str:
         f"cpu {meta['cpu']}  cores {meta['cores']}  threads {meta['threads']}  "
         f"torch {meta['torch']}",
         f"batch {meta['batch_size']}  rounds <= {meta['repeats']}  warmup {meta['warmup']}  "
-        f"steps/round {meta['steps_per_round']}  seed {meta['seed']}  "
+        f"steps/round {meta['steps_per_round']}  seed {meta['seed']}  adam {meta['adam']}  "
         f"load avg {_fmt_load(meta['load_before'])} -> {_fmt_load(meta['load_after'])}",
         "ratios: per-round variant/reference time, median [IQR]",
         "",
@@ -627,6 +637,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-seconds", type=float, default=None,
         help=f"time budget per model for the timed rounds (at least {MIN_ROUNDS} rounds)",
     )  # fmt: skip
+    parser.add_argument(
+        "--adam", choices=ADAM_IMPLS, default="default",
+        help="Adam implementation (default: what torch.optim.Adam picks, as training does)",
+    )  # fmt: skip
     parser.add_argument("--json", default=None, metavar="FILE", help="write results as JSON")
     # Test and smoke-run only: shrink the models.
     parser.add_argument("--scale", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -640,7 +654,7 @@ def run(args: argparse.Namespace) -> int:
         results = benchmark(
             models, rules, opt["repeats"], opt["warmup"], opt["batch_size"], opt["device"],
             threads=opt["threads"], seed=opt["seed"], steps_per_round=opt["steps_per_round"],
-            max_seconds=opt["max_seconds"], scale=opt["scale"],
+            max_seconds=opt["max_seconds"], scale=opt["scale"], adam=opt["adam"],
         )  # fmt: skip
     except ValueError as exc:  # unknown names, bad settings, no CUDA
         print(f"dflearn bench: error: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ Torch is imported only once a command runs, so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -39,7 +40,7 @@ from dflearn.config import (
 
 log = logging.getLogger("dflearn.cli")
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
 
 # Namespace entries that are not run settings.
 _CONTROL_KEYS = {"command", "config", "resume", "overwrite", "verbose", "quiet", "dirs"}
@@ -327,54 +328,65 @@ def _compare_out(cfg: RunConfig) -> Path:
 
 def run_compare(args: argparse.Namespace) -> int:
     """``dflearn compare``: every (rule, seed) pair, then the comparison table and plots."""
-    from dflearn import reporting, training
+    from dflearn import reporting
 
-    # Resolve and check everything (each rule, the output directory) before any training
+    out, runs = _plan_compare(args)
+    diverged = _train_all(runs, args)
+
+    # The table comes from the saved files, exactly as `dflearn report` builds it
+    records = [reporting.load_run(cfg.out) for cfg in runs]
+    print(reporting.write_report(out, records))
+    log.info("report written to %s (summary.md, summary.json, plots)", out)
+    return EXIT_DIVERGED if diverged else EXIT_OK
+
+
+def _plan_compare(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
+    """The output directory and one config per (rule, seed); everything that can be
+    refused (names, numbers, a model a rule cannot train, a busy directory) is, here."""
+    from dflearn import training
+
     cfg = resolve_config(
         args, allow=COMPARE_KEYS, saved_config=lambda c: _compare_out(c) / "compare.toml"
     )
     rules, seeds = _compare_grid(cfg)
     out = _compare_out(cfg)
     runs = [
-        (r, s, validate(cfg.replace(rule=r, seed=s, out=str(out / f"{r}-seed{s}"))))
-        for r in rules
-        for s in seeds
+        validate(cfg.replace(rule=rule, seed=seed, out=str(out / f"{rule}-seed{seed}")))
+        for rule in rules
+        for seed in seeds
     ]
-    for rule in rules:  # a model the rule cannot train: refuse now, not after other runs
+    for rule in rules:
         training.build_rule(cfg.replace(rule=rule))
     _check_compare_out(out, args)
-    header = f"dflearn compare config\nrules = {rules}, seeds = {seeds}"
-    _write_compare_config(out, cfg, rules, seeds, header)
-    log.info(
-        "resolved config (rules %s, seeds %s):\n%s",
-        ",".join(rules),
-        ",".join(map(str, seeds)),
-        to_toml(cfg.replace(out=str(out))).rstrip(),
-    )
 
-    # Sequential runs; a diverged run is a result, not a reason to stop the others
+    # Saved for `compare --resume`; rule and seed of the base config mean nothing here
+    shown = to_toml(cfg.replace(out=str(out)), exclude=("rule", "seed"))
+    grid = f"rules = {json.dumps(rules)}\nseeds = {json.dumps(seeds)}\n"
+    log.info("resolved config:\n%s", (grid + shown).rstrip())
+    from dflearn import io
+
+    io.atomic_write_text(out / "compare.toml", f"# dflearn compare config\n{grid}{shown}")
+    return out, runs
+
+
+def _train_all(runs: list[RunConfig], args: argparse.Namespace) -> int:
+    """Train the runs one after the other; returns how many diverged (a diverged run is a
+    result, not a reason to stop the others)."""
+    from dflearn import training
+
     diverged = 0
     stop = training.StopFlag()
     with training.stop_on_signals(stop), _progress_logging() as progress:
-        for i, (rule, seed, run_cfg) in enumerate(runs, 1):
-            log.info("run %d/%d: %s seed %d -> %s", i, len(runs), rule, seed, run_cfg.out)
+        for i, cfg in enumerate(runs, 1):
+            log.info("run %d/%d: %s seed %d -> %s", i, len(runs), cfg.rule, cfg.seed, cfg.out)
             try:
                 training.train(
-                    run_cfg,
-                    resume=args.resume,
-                    overwrite=args.overwrite,
-                    stop=stop,
-                    progress=progress,
+                    cfg, resume=args.resume, overwrite=args.overwrite, stop=stop, progress=progress
                 )
             except training.RunDiverged as exc:
-                log.error("%s seed %d: %s", rule, seed, exc)
+                log.error("%s seed %d: %s", cfg.rule, cfg.seed, exc)
                 diverged += 1
-
-    # The table comes from the saved files, exactly as `dflearn report` builds it
-    records = [reporting.load_run(run_cfg.out) for _, _, run_cfg in runs]
-    print(reporting.write_report(out, records))
-    log.info("report written to %s (summary.md, summary.json, plots)", out)
-    return training.RunDiverged.exit_code if diverged else EXIT_OK
+    return diverged
 
 
 def _check_compare_out(out: Path, args: argparse.Namespace) -> None:
@@ -386,17 +398,6 @@ def _check_compare_out(out: Path, args: argparse.Namespace) -> None:
             f"output directory {out} is not empty; use --overwrite to replace the runs there "
             "or --resume to continue them (finished runs are reused)"
         )
-
-
-def _write_compare_config(
-    out: Path, cfg: RunConfig, rules: list[str], seeds: list[int], header: str
-) -> None:
-    from dflearn import io
-
-    # rule/seed of the base config mean nothing in a comparison; rules/seeds do
-    text = to_toml(cfg.replace(out=str(out)), header)
-    text += f"rules = {rules!r}\nseeds = {seeds!r}\n".replace("'", '"')
-    io.atomic_write_text(out / "compare.toml", text)
 
 
 # ---------------------------------------------------------------------------------------

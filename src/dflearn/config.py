@@ -12,7 +12,7 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,7 +332,7 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def to_toml(cfg: RunConfig, header: str = "") -> str:
+def to_toml(cfg: RunConfig, header: str = "", exclude: Collection[str] = ()) -> str:
     """The config as a flat TOML document that :func:`load_toml` reads back.
 
     Keys whose value is ``None`` (meaning "the default") are left out: TOML has no null.
@@ -341,7 +341,7 @@ def to_toml(cfg: RunConfig, header: str = "") -> str:
     """
     lines = [f"# {line}" for line in header.splitlines()]
     for key, value in to_dict(cfg).items():
-        if value is not None:
+        if value is not None and key not in exclude:
             lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 

@@ -141,7 +141,7 @@ class RunInterrupted(RunStopped):
 class RunDiverged(RunStopped):
     """The training loss became NaN or infinite."""
 
-    exit_code = 3
+    exit_code = 3  # = dflearn.cli.EXIT_DIVERGED
 
     def __init__(self, epoch: int, step: int, steps: int, out: Path) -> None:
         self.epoch, self.step = epoch, step
@@ -224,21 +224,6 @@ def make_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
     return None
 
 
-def _rule_options(name: str) -> set[str]:
-    """Keyword options the rule class ``name`` accepts (create_rule refuses others)."""
-    import inspect
-
-    from dflearn.rules import RULES
-
-    accepted: set[str] = set()
-    for klass in RULES.get(name).__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is not None:
-            params = inspect.signature(init).parameters.values()
-            accepted |= {p.name for p in params if p.kind is p.KEYWORD_ONLY}
-    return accepted
-
-
 def build_rule(cfg: RunConfig) -> torch.nn.Module:
     """The model of ``cfg`` wrapped in its learning rule (on the CPU).
 
@@ -255,7 +240,7 @@ def build_rule(cfg: RunConfig) -> torch.nn.Module:
     )
 
     # None means "the rule's own default" (e.g. las defaults to conv feedback)
-    accepted = _rule_options(cfg.rule)
+    accepted = dflearn.rules.rule_options(cfg.rule)
     options: dict[str, Any] = {"seed": cfg.seed}
     for key in ("schedule", "feedback"):
         value = getattr(cfg, key)
@@ -519,6 +504,13 @@ class _Trainer:
             self._stopped(RunInterrupted(signal.SIGINT, *self._position(), self.out))
         except RunStopped as exc:
             self._stopped(exc)
+        except Exception as exc:
+            # A bug or an environment failure: leave a summary that says so, then let the
+            # traceback through (the boundary checkpoint is still valid for --resume)
+            epoch, step = self._position()
+            failure = {"reason": type(exc).__name__, "message": str(exc), "epoch": epoch}
+            self._write_results("failed", {**failure, "step": step})
+            raise
         return self._finish("completed")
 
     def _position(self) -> tuple[int, int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import nn
-from torchvision.models import resnet18 as tv_resnet18
 
 from dflearn.models._common import MODELS, finish, image_shape
 from dflearn.taps import Tap
@@ -59,6 +58,9 @@ def resnet18(
     _check("stem", stem, STEMS)
     _check("taps", taps, TAP_MODES)
     shape = image_shape(input_shape)
+    # Imported here: torchvision's import is slow and only this family needs it.
+    from torchvision.models import resnet18 as tv_resnet18
+
     model = tv_resnet18(weights=None, num_classes=num_classes)
     _set_stem(model, stem, shape[0])
     _add_taps(model, taps)

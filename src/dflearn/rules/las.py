@@ -95,10 +95,10 @@ class LAS(Rule):
                     head.weight.copy_(weight.reshape(head.weight.shape))
         return head_init
 
-    def head_loss(self, taps: list[Tensor], output: Tensor, target: Tensor) -> Tensor:
+    def head_loss(self, taps: list[Tensor], output: Tensor, target: Tensor) -> Tensor | None:
         """MSE of each head's scores to the detached network output."""
-        y = output.detach()
-        return sum(F.mse_loss(head(h.detach()), y) for head, h in zip(self.heads, taps))
+        losses = [F.mse_loss(head(h.detach()), output.detach()) for head, h in zip(self.heads, taps)]
+        return torch.stack(losses).sum() if losses else None
 
     def step(
         self,
@@ -118,8 +118,9 @@ class LAS(Rule):
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad(), frozen_running_stats(self.model):
             y, taps = self._forward(x)
-        if self.heads:
-            self.head_loss(taps, y, target).backward()
+        loss = self.head_loss(taps, y, target)
+        if loss is not None:
+            loss.backward()
             optimizer.step()
 
 

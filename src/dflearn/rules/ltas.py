@@ -6,6 +6,7 @@ against the labels instead of MSE to the network output.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -19,6 +20,7 @@ class LTAS(LAS):
 
     name = "ltas"
 
-    def head_loss(self, taps: list[Tensor], output: Tensor, target: Tensor) -> Tensor:
+    def head_loss(self, taps: list[Tensor], output: Tensor, target: Tensor) -> Tensor | None:
         """Cross-entropy of each head's scores to the labels."""
-        return sum(F.cross_entropy(head(h.detach()), target) for head, h in zip(self.heads, taps))
+        losses = [F.cross_entropy(head(h.detach()), target) for head, h in zip(self.heads, taps)]
+        return torch.stack(losses).sum() if losses else None

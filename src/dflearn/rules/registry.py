@@ -30,21 +30,21 @@ def create_rule(name: str, model: nn.Module, num_classes: int | None = None, **o
     ``schedule`` (las, ltas), ``feedback`` (dfa, las, ltas), ``head_init``.
     An option the rule does not take is refused with the ones it does.
     """
-    cls = RULES.get(name)
-    accepted = _keywords(cls)
+    accepted = rule_options(name)
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise TypeError(
             f"rule {name!r} takes no option {', '.join(map(repr, unknown))}; "
             f"its options: {', '.join(sorted(accepted))}"
         )
-    return cls(model, num_classes, **options)
+    return RULES.get(name)(model, num_classes, **options)
 
 
-def _keywords(cls: type) -> set[str]:
-    # Options a rule accepts: keyword parameters along its __init__ chain.
+def rule_options(name: str) -> set[str]:
+    """Options the rule ``name`` accepts: keyword-only parameters of its
+    ``__init__`` chain."""
     names: set[str] = set()
-    for klass in cls.__mro__:
+    for klass in RULES.get(name).__mro__:
         init = klass.__dict__.get("__init__")
         if init is None:
             continue
