@@ -136,3 +136,12 @@ def test_quantile() -> None:
     assert bench._quantile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert bench._quantile([1.0, 2.0, 3.0, 4.0], 0.25) == 1.75
     assert bench._quantile([5.0], 0.75) == 5.0
+
+
+def test_fused_adam_and_bad_settings() -> None:
+    out = bench.benchmark(["mlp-784"], ["bp"], scale=SCALE, adam="fused", **TINY)
+    assert out["meta"]["adam"] == "fused" and positive(out["mlp-784"]["bp"]["median_s"])
+    with pytest.raises(ValueError, match="adam"):
+        bench.benchmark(["mlp-784"], ["bp"], adam="sgd", **TINY)
+    with pytest.raises(ValueError, match="repeats"):
+        bench.benchmark(["mlp-784"], ["bp"], **{**TINY, "repeats": 0})

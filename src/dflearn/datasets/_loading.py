@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import v2
 
 from dflearn.datasets._common import DATASETS, INFOS, DatasetInfo, default_root
@@ -60,6 +60,25 @@ class TransformedView(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image, label = self.base[self.indices[i]]
         return self.transform(image), int(label)
+
+
+# Splits without augmentation are decoded once into tensors up to this size.
+CACHE_LIMIT_BYTES = 1 << 30
+
+
+def cached(view: TransformedView) -> Dataset:
+    """``view`` decoded once into a ``TensorDataset`` when it fits the cache limit.
+
+    For a deterministic transform every epoch would redo the same PIL decoding and
+    normalising, which costs more than a small MLP's training step.
+    """
+    first, _ = view[0] if len(view) else (torch.empty(0), 0)
+    if len(view) * first.numel() * first.element_size() > CACHE_LIMIT_BYTES:
+        return view
+    images, labels = zip(*(view[i] for i in range(len(view))))
+    decoded = TensorDataset(torch.stack(images), torch.tensor(labels))
+    decoded.indices = view.indices  # which samples of the split, as on the view
+    return decoded
 
 
 def load(
@@ -120,10 +139,12 @@ def loaders(
 
     plain = transform(meta, augment=False)
     train_view = TransformedView(train_raw, train_idx, transform(meta, augment))
+    if not augment or meta.augmentation == "none":
+        train_view = cached(train_view)
     return Loaders(
         train=loader(train_view, shuffle=True, generator=generator),
-        val=loader(TransformedView(train_raw, val_idx, plain)) if val_idx else None,
-        test=loader(TransformedView(test_raw, _first(len(test_raw), limit), plain)),
+        val=loader(cached(TransformedView(train_raw, val_idx, plain))) if val_idx else None,
+        test=loader(cached(TransformedView(test_raw, _first(len(test_raw), limit), plain))),
         info=meta,
         train_generator=generator,
     )
