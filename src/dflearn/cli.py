@@ -27,10 +27,13 @@ from dflearn.config import (
     LR_SCHEDULES,
     OPTIMIZERS,
     SCHEDULES,
+    STEMS,
     ConfigError,
     RunConfig,
     default_out,
     from_mapping,
+    list_configs,
+    load_config,
     load_toml,
     parse_int_list,
     parse_str_list,
@@ -117,6 +120,11 @@ def add_run_options(parser: argparse.ArgumentParser, *, single: bool = True) -> 
         help="MLP hidden widths, e.g. 1024,1024 (default: the model's)",
     )
     model.add_argument(
+        "--stem",
+        choices=STEMS,
+        help="resnet18 stem: cifar (3x3) or imagenet (7x7 + max-pool) (default: cifar)",
+    )
+    model.add_argument(
         "--dataset",
         help=_help(
             "mnist, fashion-mnist, kmnist, cifar10, cifar100, svhn, tiny-imagenet", "dataset"
@@ -186,8 +194,11 @@ def add_run_options(parser: argparse.ArgumentParser, *, single: bool = True) -> 
     run.add_argument("--out", metavar="DIR", help=f"output directory (default: {default_dir})")
     run.add_argument(
         "--config",
-        metavar="FILE.toml",
-        help="read settings from a TOML file; flags given here override it",
+        metavar="FILE.toml|NAME",
+        help=(
+            "read settings from a TOML file, or a packaged config by name (`dflearn list` "
+            "shows them); flags given here override it"
+        ),
     )
     run.add_argument(
         "--resume",
@@ -227,7 +238,7 @@ def resolve_config(
     """
     flags = _flags(args)
     path = getattr(args, "config", None)
-    file_values = load_toml(path) if path else {}
+    file_values = load_config(path) if path else {}
 
     def merged(base: RunConfig | None) -> RunConfig:
         from_file = from_mapping(file_values, base=base, allow=allow, source=str(path))
@@ -250,7 +261,8 @@ def run_train(args: argparse.Namespace) -> int:
     """``dflearn train``: one run."""
     from dflearn import training
 
-    cfg = validate(resolve_config(args))
+    # a compare config works here too: its rules/seeds are kept aside (cfg.extra), unused
+    cfg = validate(resolve_config(args, allow=COMPARE_KEYS))
     log.info("resolved config:\n%s", to_toml(cfg).rstrip())
     stop = training.StopFlag()
     with training.stop_on_signals(stop), _progress_logging() as progress:
@@ -453,13 +465,14 @@ def _report_out(args: argparse.Namespace, reporting: Any) -> Path | None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    """``dflearn list``: the registered rules, models and datasets."""
+    """``dflearn list``: the registered rules, models and datasets, and the packaged configs."""
     import dflearn
     from dflearn import datasets, models
 
     print("rules:    " + ", ".join(dflearn.list_rules()))
     print("models:   " + ", ".join(models.list_models()))
     print("datasets: " + ", ".join(datasets.list_datasets()))
+    print("configs:  " + ", ".join(list_configs()))
     return EXIT_OK
 
 
@@ -477,7 +490,7 @@ register_command(
     run_report,
 )
 register_command(
-    "list", "list the available rules, models and datasets", lambda parser: None, run_list
+    "list", "list the available rules, models, datasets and configs", lambda parser: None, run_list
 )
 
 

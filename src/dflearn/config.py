@@ -1,7 +1,8 @@
 """Run configuration: one dataclass, loaded from TOML, merged with CLI flags, validated.
 
 Precedence, lowest first: the dataclass defaults, the saved config of the run being resumed,
-a ``--config`` TOML file, the flags given on the command line. TOML keys are the long option
+a ``--config`` TOML file (a path, or the name of a config shipped in ``dflearn/configs``, see
+:func:`list_configs`), the flags given on the command line. TOML keys are the long option
 names with underscores (``batch_size = 64``, ``lr_schedule = "paper"``); ``--no-augment`` is
 ``augment = false`` and ``--hidden 512,512`` is ``hidden = [512, 512]``.
 """
@@ -14,6 +15,7 @@ import math
 import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,8 @@ __all__ = [
     "LR_SCHEDULES",
     "DEVICES",
     "load_toml",
+    "load_config",
+    "list_configs",
     "from_mapping",
     "validate",
     "to_dict",
@@ -61,6 +65,9 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
+STEMS = ("cifar", "imagenet")  # resnet18: 3x3 stem for 32x32, 7x7 + max-pool for larger
+
+
 class ConfigError(ValueError):
     """A configuration the run cannot use; the message says what to change."""
 
@@ -74,6 +81,7 @@ class RunConfig:
     feedback: str | None = None  # None: the rule's default (dfa: dense, las/ltas: conv)
     model: str = "mlp"
     hidden: list[int] | None = None
+    stem: str | None = None  # resnet18 only; None: the model's (cifar)
     dataset: str = "mnist"
     data_dir: str | None = None
     download: bool = True
@@ -167,6 +175,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "feedback": _optional(_as_str),
     "model": _as_str,
     "hidden": _optional(_as_int_list),
+    "stem": _optional(_as_str),
     "dataset": _as_str,
     "data_dir": _optional(_as_str),
     "download": _as_bool,
@@ -203,6 +212,33 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def list_configs() -> list[str]:
+    """The names of the ready-made configs shipped in ``dflearn/configs`` (the paper's
+    settings), for ``dflearn compare --config NAME``."""
+    folder = resources.files("dflearn") / "configs"
+    names = [f.name.removesuffix(".toml") for f in folder.iterdir() if f.name.endswith(".toml")]
+    return sorted(names)
+
+
+def load_config(name_or_path: str | Path) -> dict[str, Any]:
+    """The table of a ``--config`` value: a TOML file if that path exists, else the packaged
+    config of that name (``cifar10-convnet`` or ``cifar10-convnet.toml``)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return load_toml(path)
+    name = path.name.removesuffix(".toml")
+    # A bare name only: "runs/x.toml" that does not exist is a missing file, not a name
+    if path.parent == Path(".") and name in list_configs():
+        packaged = resources.files("dflearn") / "configs" / f"{name}.toml"
+        # read through the resource (works from a wheel or a zip alike), not a file path
+        with packaged.open("rb") as handle:
+            return tomllib.load(handle)
+    raise ConfigError(
+        f"config file not found: {path}; packaged configs (give the bare name): "
+        + ", ".join(list_configs())
+    )
 
 
 def from_mapping(
@@ -247,6 +283,8 @@ def validate(cfg: RunConfig, *, check_names: bool = True) -> RunConfig:
         _check_names(cfg)
     if cfg.hidden is not None and cfg.model != "mlp":
         raise ConfigError(f"--hidden applies to --model mlp only (model is {cfg.model!r})")
+    if cfg.stem is not None and cfg.model != "resnet18":
+        raise ConfigError(f"--stem applies to --model resnet18 only (model is {cfg.model!r})")
     return cfg
 
 
@@ -277,6 +315,7 @@ def _check_choices(cfg: RunConfig) -> None:
         ("feedback", cfg.feedback, FEEDBACKS),
         ("optimizer", cfg.optimizer, OPTIMIZERS),
         ("lr-schedule", cfg.lr_schedule, LR_SCHEDULES),
+        ("stem", cfg.stem, STEMS),
     ]:
         if value is not None and value not in choices:
             raise ConfigError(f"--{option} must be one of {', '.join(choices)} (got {value!r})")

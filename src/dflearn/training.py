@@ -234,7 +234,7 @@ def build_rule(cfg: RunConfig) -> torch.nn.Module:
     from dflearn import datasets, models
 
     info = datasets.info(cfg.dataset)
-    model_opts = {"hidden": cfg.hidden} if cfg.hidden is not None else {}
+    model_opts = {k: v for k, v in (("hidden", cfg.hidden), ("stem", cfg.stem)) if v is not None}
     model = models.create(
         cfg.model, input_shape=info.input_shape, num_classes=info.num_classes, **model_opts
     )

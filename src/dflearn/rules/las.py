@@ -97,7 +97,9 @@ class LAS(Rule):
 
     def head_loss(self, taps: list[Tensor], output: Tensor, target: Tensor) -> Tensor | None:
         """MSE of each head's scores to the detached network output."""
-        losses = [F.mse_loss(head(h.detach()), output.detach()) for head, h in zip(self.heads, taps)]
+        losses = [
+            F.mse_loss(head(h.detach()), output.detach()) for head, h in zip(self.heads, taps)
+        ]
         return torch.stack(losses).sum() if losses else None
 
     def step(
@@ -135,11 +137,13 @@ def _product_weight(model: nn.Module, tap: Tap) -> Tensor | None:
     mods = list(model)
     if tap not in mods:
         return None
+    # Folded from the output down: (classes x n) @ (n x m) stays thin, where
+    # bottom-up would multiply the wide hidden matrices with each other.
     weight = None
-    for module in mods[mods.index(tap) + 1 :]:
+    for module in reversed(mods[mods.index(tap) + 1 :]):
         if isinstance(module, nn.Linear):
             w = module.weight.detach()
-            weight = w if weight is None else w @ weight
+            weight = w if weight is None else weight @ w
         elif not isinstance(module, _PASSIVE):
             return None
     return None if weight is None else weight.clone()
