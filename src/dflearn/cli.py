@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dflearn import bench
 from dflearn.config import (
     COMPARE_KEYS,
     DEVICES,
@@ -491,6 +492,12 @@ register_command(
 )
 register_command(
     "list", "list the available rules, models, datasets and configs", lambda parser: None, run_list
+)
+register_command(
+    "bench",
+    "time training steps of every rule against bp (ratios measured in one run)",
+    bench.add_arguments,
+    bench.run,
 )
 
 

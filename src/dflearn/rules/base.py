@@ -61,7 +61,8 @@ class Rule(nn.Module):
         self.num_classes = num_classes
         self.tap_names: list[str] = []
         self.tap_shapes: list[torch.Size] = []
-        self._taps: list[Tap] = []
+        self._taps: list[Tap] = []  # in call order
+        self._index: dict[Tap, int] = {}
         self._probe()
 
         # Default wiring is BP's: every tap whole, no heads.
@@ -93,6 +94,7 @@ class Rule(nn.Module):
             return
         if self.input_shape is None:
             self._taps = list(names)
+            self._index = {tap: i for i, tap in enumerate(self._taps)}
             self.tap_names = list(names.values())
             return
 
@@ -127,6 +129,7 @@ class Rule(nn.Module):
             raise ValueError(f"num_classes={self.num_classes} but the model outputs {y.shape[1]}")
         self.num_classes = y.shape[1]
         self._taps = taps
+        self._index = {tap: i for i, tap in enumerate(taps)}
         self.tap_names = [names[t] for t in taps]
         self.tap_shapes = [shape for _, shape in seen]
 
@@ -179,11 +182,10 @@ class Rule(nn.Module):
 
     def _forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Forward with cuts; returns the output and each tap's input."""
-        index = {tap: i for i, tap in enumerate(self._taps)}
         seen: list[Tensor | None] = [None] * len(self._taps)
 
         def capture(tap: Tap, h: Tensor) -> Tensor:
-            i = index[tap]
+            i = self._index[tap]
             if seen[i] is not None:
                 raise RuntimeError(f"tap {self.tap_names[i]!r} ran twice in one forward")
             seen[i] = h
