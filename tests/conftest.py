@@ -51,7 +51,8 @@ def fake_fashion_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
-    # Tests use tiny tensors: two threads only add contention on a busy machine.
+    # Tests use tiny tensors: on a small, busy machine OpenMP threads mostly
+    # wait for each other.
     import torch
 
     torch.set_num_threads(1)

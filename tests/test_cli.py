@@ -17,15 +17,6 @@ RUN_FILES = ["accuracy.png", "alignment.png", "checkpoint.pt", "config.toml", "m
              "summary.json"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: on a small, busy machine OpenMP threads mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def base(fake_fashion_mnist: Path) -> list[str]:
     """Options of a quick run on the fake data: MLP 784-32-10, 2 epochs of 8 steps."""

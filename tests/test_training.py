@@ -22,15 +22,6 @@ TIMING = {"seconds", "train_seconds"}
 STEPS_PER_EPOCH = 6  # 256 samples, a quarter held out for validation, batches of 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: on a small, busy machine OpenMP threads mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_args(data: Path, out: Path, *extra: str, epochs: int = 2) -> list[str]:
     """A las run (two taps, trained heads, Adam) with a validation split and the paper lr
     schedule: every kind of state a resume must restore."""

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from ..alignment import flat_angle, mean_angle
-from ..heads import Head
+from ..heads import make_head
 from ..taps import Tap, capturing, named_taps
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -140,13 +140,28 @@ class Rule(nn.Module):
                 "input_shape=(per-sample shape) to create_rule, or set model.input_shape"
             )
 
-    def _generator(self) -> torch.Generator:
-        # Feedback is drawn on the CPU so a seed gives the same draw on any device.
-        return torch.Generator().manual_seed(self.seed)
+    def _make_heads(
+        self,
+        shapes: list[torch.Size],
+        feedback: str,
+        kernel_size: int,
+        pool: str,
+        trainable: bool,
+    ) -> nn.ModuleList:
+        """One head per tap shape, on the model's device and dtype."""
+        self._require_shapes()
 
-    def _to_model(self, head: Head) -> Head:
+        # Drawn on the CPU so that a seed gives the same feedback on any device.
+        generator = torch.Generator().manual_seed(self.seed)
         param = next(self.model.parameters())
-        return head.to(device=param.device, dtype=param.dtype)
+        heads = [
+            make_head(
+                tuple(shape), self.num_classes, feedback=feedback, kernel_size=kernel_size,
+                pool=pool, trainable=trainable, generator=generator,
+            ).to(device=param.device, dtype=param.dtype)
+            for shape in shapes
+        ]  # fmt: skip
+        return nn.ModuleList(heads)
 
     # -------------------------------------------------------------- training
 

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..heads import make_head
 from .base import Rule
 from .registry import register_rule
 
@@ -35,21 +34,8 @@ class DFA(Rule):
         head_kernel: int = 3,
     ) -> None:
         super().__init__(model, num_classes, input_shape=input_shape, seed=seed)
-        self._require_shapes()
-        generator = self._generator()
-        self.heads = nn.ModuleList(
-            self._to_model(
-                make_head(
-                    tuple(shape),
-                    self.num_classes,
-                    feedback=feedback,
-                    kernel_size=head_kernel,
-                    pool="avg",
-                    trainable=False,
-                    generator=generator,
-                )
-            )
-            for shape in self.tap_shapes
+        self.heads = self._make_heads(
+            self.tap_shapes, feedback, head_kernel, pool="avg", trainable=False
         )
         self._cut = [True] * len(self._taps)
         self._head_of = list(range(len(self._taps)))

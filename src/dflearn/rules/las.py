@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..heads import make_head
 from ..taps import ACTIVATIONS, Tap
 from .base import LossFn, Rule, frozen_running_stats
 from .registry import register_rule
@@ -56,22 +55,9 @@ class LAS(Rule):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.schedule = schedule
-        self._require_shapes()
         hidden = len(self._taps) - 1
-        generator = self._generator()
-        self.heads = nn.ModuleList(
-            self._to_model(
-                make_head(
-                    tuple(shape),
-                    self.num_classes,
-                    feedback=feedback,
-                    kernel_size=head_kernel,
-                    pool=head_pool,
-                    trainable=True,
-                    generator=generator,
-                )
-            )
-            for shape in self.tap_shapes[:hidden]
+        self.heads = self._make_heads(
+            self.tap_shapes[:hidden], feedback, head_kernel, head_pool, trainable=True
         )
         self.head_init = self._init_heads(head_init)
         self._cut = [True] * hidden + [False]
