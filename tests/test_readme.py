@@ -17,3 +17,10 @@ def test_readme_library_example_runs():
     exec(blocks[0], scope)
     assert set(scope["angles"]) == set(scope["rule"].tap_names)
     assert scope["loss"].isfinite()
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = re.findall(r"^python3 -m venv .*pytest.*$", README.read_text(), re.M)
+    assert len(commands) == 1
+    ci = (README.parent / ".ci" / "run").read_text().splitlines()
+    assert commands[0] in ci
