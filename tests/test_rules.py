@@ -345,3 +345,30 @@ def test_custom_model_needs_input_shape_for_feedback():
         dflearn.create_rule("dfa", body)
     rule = dflearn.create_rule("dfa", body, input_shape=(4,))
     assert rule.num_classes == 3 and rule.tap_shapes == [torch.Size([8])]
+
+
+# ---------------------------------------------------------- no wasted work
+
+
+@pytest.mark.parametrize(("rule_name", "options"), VARIANTS, ids=VARIANT_IDS)
+def test_cut_taps_compute_no_input_gradient(rule_name, options, monkeypatch):
+    model = small_model("mlp")
+    rule = dflearn.create_rule(rule_name, model, **options)
+    needs_grad = []
+    for i, module in enumerate(model):
+        if isinstance(module, Tap):
+            # The block above a tap sees its input: grad-free when the tap is cut.
+            model[i + 1].register_forward_pre_hook(
+                lambda m, args: needs_grad.append(args[0].requires_grad)
+            )
+    calls = []
+    backward = torch.autograd.backward
+    monkeypatch.setattr(
+        torch.autograd, "backward", lambda *a, **k: calls.append(1) or backward(*a, **k)
+    )
+    rule.step(*batch(model), torch.optim.SGD(rule.parameters(), lr=0.1))
+
+    whole = {"bp": [True, True], "shallow": [False, False], "dfa": [False, False]}
+    assert needs_grad[-2:] == whole.get(rule_name, [False, True])
+    # One backward call carries every signal (two-pass adds the heads' own).
+    assert len(calls) == (2 if options.get("schedule") == "two-pass" else 1)

@@ -45,6 +45,9 @@ class Rule(nn.Module):
     (``heads`` and ``_head_of``), and how heads learn (``head_loss``).
     """
 
+    needs_taps = True  # BP alone trains models without taps
+    schedule = "fused"  # heads (if trained) learn in the same backward call
+
     def __init__(
         self,
         model: nn.Module,
@@ -71,9 +74,6 @@ class Rule(nn.Module):
         self._head_of: list[int | None] = [None] * len(self._taps)
 
     # ----------------------------------------------------------------- setup
-
-    needs_taps = True
-    schedule = "fused"  # heads (if trained) learn in the same backward call
 
     def _check_taps(self) -> None:
         if self.needs_taps and not named_taps(self.model):
