@@ -143,9 +143,7 @@ def test_cli_unknown_config_and_list(capsys):
     assert "configs:  " + ", ".join(list_configs()) in capsys.readouterr().out
 
 
-def test_train_accepts_a_compare_config(capsys):
-    # rules/seeds are compare-only: train keeps them aside instead of refusing the file
-    # (--epochs 0 stops the run at validation, after the config was read)
-    assert cli.main(["train", "--config", "mnist-mlp", "--epochs", "0"]) == cli.EXIT_USAGE
-    err = capsys.readouterr().err
-    assert "--epochs must be >= 1" in err and "rules" not in err
+def test_train_refuses_a_compare_config(capsys):
+    # Silently training bp alone from a compare config would be the wrong experiment.
+    assert cli.main(["train", "--config", "mnist-mlp"]) == cli.EXIT_USAGE
+    assert "dflearn compare" in capsys.readouterr().err

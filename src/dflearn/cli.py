@@ -230,6 +230,7 @@ def resolve_config(
     args: argparse.Namespace,
     *,
     allow: tuple[str, ...] = (),
+    refuse: tuple[str, ...] = (),
     saved_config: Callable[[RunConfig], Path] | None = None,
 ) -> RunConfig:
     """Defaults < saved run (with ``--resume``) < ``--config`` file < flags.
@@ -240,6 +241,9 @@ def resolve_config(
     flags = _flags(args)
     path = getattr(args, "config", None)
     file_values = load_config(path) if path else {}
+    wrong = sorted(set(file_values) & set(refuse))
+    if wrong:
+        raise ConfigError(f"{path}: {', '.join(wrong)} not taken here (compare takes rules, seeds)")
 
     def merged(base: RunConfig | None) -> RunConfig:
         from_file = from_mapping(file_values, base=base, allow=allow, source=str(path))
@@ -262,8 +266,14 @@ def run_train(args: argparse.Namespace) -> int:
     """``dflearn train``: one run."""
     from dflearn import training
 
-    # a compare config works here too: its rules/seeds are kept aside (cfg.extra), unused
-    cfg = validate(resolve_config(args, allow=COMPARE_KEYS))
+    # rules/seeds are read only so that a compare config is refused with a pointer
+    cfg = resolve_config(args, allow=COMPARE_KEYS)
+    if cfg.extra:
+        raise ConfigError(
+            f"{', '.join(sorted(cfg.extra))} belong to `dflearn compare`: run that, or give "
+            "`rule` and `seed` for one run"
+        )
+    cfg = validate(cfg)
     log.info("resolved config:\n%s", to_toml(cfg).rstrip())
     stop = training.StopFlag()
     with training.stop_on_signals(stop), _progress_logging() as progress:
@@ -332,6 +342,8 @@ def _compare_grid(cfg: RunConfig) -> tuple[list[str], list[int]]:
         raise ConfigError(f"rules/seeds: {exc}") from None
     if not rules or not seeds:
         raise ConfigError("--rules and --seeds need at least one value each")
+    if len(set(rules)) < len(rules) or len(set(seeds)) < len(seeds):
+        raise ConfigError(f"--rules {rules} and --seeds {seeds} must not repeat a value")
     return rules, seeds
 
 
@@ -359,7 +371,10 @@ def _plan_compare(args: argparse.Namespace) -> tuple[Path, list[RunConfig]]:
     from dflearn import training
 
     cfg = resolve_config(
-        args, allow=COMPARE_KEYS, saved_config=lambda c: _compare_out(c) / "compare.toml"
+        args,
+        allow=COMPARE_KEYS,
+        refuse=("rule", "seed"),
+        saved_config=lambda c: _compare_out(c) / "compare.toml",
     )
     rules, seeds = _compare_grid(cfg)
     out = _compare_out(cfg)
