@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
-import torch
 from torch import Tensor, nn
 
 Capture = Callable[["Tap", Tensor], Tensor]
@@ -89,8 +88,3 @@ def insert_taps(
         if i in chosen and i < len(mods) - 1:
             layers.append(Tap())
     return nn.Sequential(*layers)
-
-
-def tap_signature(h: Tensor) -> torch.Size:
-    """Per-sample shape of a tap's tensor (the batch dimension dropped)."""
-    return h.shape[1:]
